@@ -1,0 +1,139 @@
+"""The `hmu-crc` command: sample, prepare, and the verbs that later build on them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hmu_crc.problems import ReleaseError
+from hmu_crc.release import DEFAULT_PATIENT_PATTERN
+
+logger = logging.getLogger("hmu_crc")
+
+DEFAULT_OUTPUT = "hmu_crc_hist550k"
+"""Where `prepare` writes by default: `load_dataset("hmu_crc_hist550k", ...)` then finds it from the folder above."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hmu-crc", description=__doc__)
+    parser.add_argument("--verbose", "-v", action="store_true", help="log at DEBUG level")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    sample = verbs.add_parser("sample", help="write a small SYNTHETIC release-shaped sample")
+    sample.add_argument("--output-dir", required=True, type=Path, help="folder to create (must be new or empty)")
+    sample.add_argument("--patients", type=int, default=12, help="number of synthetic patients")
+    sample.add_argument("--tiles-per-class", type=int, default=24, help="tiles per class over all patients")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the drawing")
+    sample.add_argument("--kather", action="store_true", help="also write Kather-shaped external sets")
+
+    prepare = verbs.add_parser("prepare", help="validate a release and write a Hub-ready Parquet folder")
+    prepare.add_argument("--data-dir", required=True, type=Path, help="the release: class folders and/or zips")
+    prepare.add_argument("--output-dir", type=Path, default=Path(DEFAULT_OUTPUT), help="folder to write")
+    prepare.add_argument("--num-proc", type=int, default=1, help="processes that check and write tiles")
+    prepare.add_argument("--skip-invalid", action="store_true", help="leave bad tiles/rows out and list them")
+    prepare.add_argument(
+        "--validation", choices=["checksum", "decode"], default="checksum", help="decode also decodes every pixel"
+    )
+    prepare.add_argument("--patient-pattern", default=DEFAULT_PATIENT_PATTERN, help="regex with a patient_id group")
+    prepare.add_argument("--patient-map", type=Path, help="CSV of file_name,patient_id; replaces the pattern")
+    prepare.add_argument("--clinical-file", type=Path, help="the clinical CSV, if not inside the release")
+    prepare.add_argument("--clinical-encoding", help="the clinical CSV's encoding when not UTF-8, e.g. gb18030")
+    prepare.add_argument("--validation-size", type=float, default=0.3, help="fraction of patients in validation")
+    prepare.add_argument("--test-size", type=float, default=0.0, help="fraction of patients held out in test")
+    prepare.add_argument("--num-folds", type=int, default=0, help="k for patient-grouped k-fold (0: none)")
+    prepare.add_argument("--fold", type=int, default=0, help="which fold is validation")
+    prepare.add_argument("--seed", type=int, default=42, help="seed of the split")
+    prepare.add_argument(
+        "--split-by", choices=["patient", "tile"], default="patient", help="tile leaks patients: opt-in only"
+    )
+    describe = verbs.add_parser("describe", help="load a prepared folder or Hub id and summarise every config")
+    describe.add_argument("dataset", help="prepared folder (e.g. hmu_crc_hist550k) or Hub dataset id")
+    return parser
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    from hmu_crc.sample import write_sample
+
+    summary = write_sample(
+        args.output_dir,
+        patients=args.patients,
+        tiles_per_class=args.tiles_per_class,
+        seed=args.seed,
+        kather=args.kather,
+    )
+    kather = f" and {sum(summary.kather_tiles.values())} Kather-shaped tiles" if summary.kather_tiles else ""
+    print(
+        f"Wrote a SYNTHETIC sample to {summary.output_dir}: {summary.num_tiles} tiles of {summary.num_patients} "
+        f"patients{kather}. Every tile and clinical row is generated; it is not patient data."
+    )
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    from hmu_crc.export import export_release
+    from hmu_crc.manifest import ReleaseOptions
+    from hmu_crc.splits import SplitSpec
+
+    options = ReleaseOptions(
+        data_dir=args.data_dir,
+        patient_pattern=args.patient_pattern,
+        patient_map_file=args.patient_map,
+        clinical_file=args.clinical_file,
+        clinical_encoding=args.clinical_encoding,
+        split=SplitSpec(args.validation_size, args.test_size, args.num_folds, args.fold, args.seed),
+        split_by=args.split_by,
+        skip_invalid=args.skip_invalid,
+        validation=args.validation,
+        num_proc=args.num_proc,
+    )
+    summary = export_release(options, args.output_dir)
+    counts = summary.counts
+    print(f"Wrote {summary.output_dir}:")
+    for config, splits in summary.configs.items():
+        print(f"  {config}: " + ", ".join(f"{split} {rows}" for split, rows in splits.items()))
+    found, written, excluded = counts["tiles_found"], counts["tiles_written"], counts["tiles_excluded"]
+    print(f"Tiles found {found}, written {written}, excluded {excluded}.")
+    listed = summary.output_dir / "problems.csv"
+    print(f"{summary.problems} file(s) or row(s) left out or flagged, with reasons: {listed}")
+
+
+def run_describe(args: argparse.Namespace) -> None:
+    import datasets
+
+    for config in datasets.get_dataset_config_names(args.dataset):
+        parts = datasets.load_dataset(args.dataset, config)
+        for split, part in parts.items():
+            line = f"{config:>24} {split:<10} {len(part):>7} rows"
+            if "label" in part.features:
+                names = part.features["label"].names
+                counts = np.bincount(part.with_format("numpy")["label"], minlength=len(names))
+                line += "  " + " ".join(f"{n}={c}" for n, c in zip(names, counts, strict=True))
+            if "patient_id" in part.features:
+                line += f"  patients={len(set(part['patient_id']))}"
+            print(line)
+
+
+VERBS = {"sample": run_sample, "prepare": run_prepare, "describe": run_describe}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # datasets explains at WARNING level each time it runs a small split in one process: not news to our users.
+    logging.getLogger("datasets").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    try:
+        VERBS[args.verb](args)
+    except (ReleaseError, ValueError, FileNotFoundError, FileExistsError) as error:
+        logger.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

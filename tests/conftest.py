@@ -1,0 +1,43 @@
+"""Shared fixtures: one synthetic release per test session, copied where a test needs to damage it."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hmu_crc.sample import write_sample
+
+
+@pytest.fixture(scope="session")
+def sample_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only synthetic release with Kather-shaped sets: 12 patients, 24 tiles per class."""
+    root = tmp_path_factory.mktemp("sample") / "raw"
+    write_sample(root, patients=12, tiles_per_class=24, seed=0, kather=True, kather_tiles_per_class=2)
+    return root
+
+
+@pytest.fixture
+def release_copy(sample_release: Path, tmp_path: Path) -> Path:
+    """A private copy of the sample release that a test may change."""
+    return Path(shutil.copytree(sample_release, tmp_path / "raw"))
+
+
+def png_bytes(size: tuple[int, int] = (224, 224), mode: str = "RGB", seed: int = 0) -> bytes:
+    """A small random PNG, for tests that need a tile of a given size or mode."""
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def make_png() -> Callable[..., bytes]:
+    return png_bytes
