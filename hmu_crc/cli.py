@@ -51,8 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--split-by", choices=["patient", "tile"], default="patient", help="tile leaks patients: opt-in only"
     )
+    evaluate = verbs.add_parser("evaluate", help="score a trained model: metrics JSON, predictions CSV, pictures")
+    evaluate.add_argument("--model", required=True, help="folder written by train_hf.py, or a Hub model id")
+    evaluate.add_argument("--dataset", default=DEFAULT_OUTPUT, help="prepared folder or Hub dataset id")
+    evaluate.add_argument("--config", help="one config to score (default: tiles, then each Kather set found)")
+    evaluate.add_argument("--split", help="split of --config (default: validation for tiles, test for Kather's)")
+    evaluate.add_argument("--output-dir", type=Path, help="where to write (default: <model>/evaluation)")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
+
     describe = verbs.add_parser("describe", help="load a prepared folder or Hub id and summarise every config")
     describe.add_argument("dataset", help="prepared folder (e.g. hmu_crc_hist550k) or Hub dataset id")
+
+    crossval = verbs.add_parser(
+        "crossval",
+        help="patient-grouped k-fold cross-validation of one or more models, with mean ± std tables",
+        description="Train each config on each fold with train_hf.py, skipping finished folds, then tabulate. "
+        "train_hf.py flags for every run go after `--`, e.g. `-- --dataset DIR --num_train_epochs 1`; "
+        "external sets are evaluated per fold only when named there, e.g. `--external_eval crc_val_he_7k`.",
+    )
+    crossval.add_argument(
+        "--config", action="append", required=True, type=Path, help="a model's YAML; repeat for more models"
+    )
+    crossval.add_argument("--num-folds", type=int, default=10, help="k, folds of train+validation patients")
+    crossval.add_argument(
+        "--output-dir", type=Path, default=Path("outputs/crossval"), help="folder of the folds and tables"
+    )
+    crossval.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: train_hf.py flags for every run")
     return parser
 
 
@@ -101,6 +125,29 @@ def run_prepare(args: argparse.Namespace) -> None:
     print(f"{summary.problems} file(s) or row(s) left out or flagged, with reasons: {listed}")
 
 
+def run_evaluate(args: argparse.Namespace) -> None:
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from hmu_crc.evaluation import check_labels, evaluate_split, evaluation_trainer
+    from hmu_crc.training import EXTERNAL_SETS, load_evaluation_sets
+
+    model = AutoModelForImageClassification.from_pretrained(args.model)
+    check_labels(model)
+    processor = AutoImageProcessor.from_pretrained(args.model)
+    output_dir = args.output_dir or Path(args.model) / "evaluation"
+    trainer = evaluation_trainer(model, processor, output_dir, args.batch_size)
+    wanted = (
+        [(args.config, args.split)]
+        if args.config
+        else [("tiles", "validation")] + [(s, "test") for s in EXTERNAL_SETS]
+    )
+    for name, dataset in load_evaluation_sets(args.dataset, wanted).items():
+        metrics = evaluate_split(trainer, dataset, name, output_dir)
+        accuracy, f1, count = metrics["accuracy"], metrics["f1_macro"], metrics["num_examples"]
+        print(f"{name}: accuracy {accuracy:.4f}, macro F1 {f1:.4f}, {count} tiles")
+    print(f"Metrics, predictions and pictures: {output_dir}")
+
+
 def run_describe(args: argparse.Namespace) -> None:
     import datasets
 
@@ -117,7 +164,27 @@ def run_describe(args: argparse.Namespace) -> None:
             print(line)
 
 
-VERBS = {"sample": run_sample, "prepare": run_prepare, "describe": run_describe}
+def run_crossval(args: argparse.Namespace) -> None:
+    from hmu_crc.crossval import cross_validate
+
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    result = cross_validate(args.config, args.num_folds, args.output_dir, train_args)
+    if result is None:  # not the main process of a distributed launch
+        return
+    print(f"Trained {len(result.trained)} fold(s), reused {len(result.skipped)} finished one(s).")
+    print(f"Per fold: {result.folds_table}")
+    print(f"Summary: {result.summary_table} and {result.summary_markdown}")
+    print()
+    print(result.markdown, end="")
+
+
+VERBS = {
+    "sample": run_sample,
+    "prepare": run_prepare,
+    "evaluate": run_evaluate,
+    "describe": run_describe,
+    "crossval": run_crossval,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

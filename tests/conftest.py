@@ -41,3 +41,13 @@ def png_bytes(size: tuple[int, int] = (224, 224), mode: str = "RGB", seed: int =
 @pytest.fixture
 def make_png() -> Callable[..., bytes]:
     return png_bytes
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(sample_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample release prepared with `hmu-crc prepare`, as `load_dataset` and train_hf.py read it."""
+    from hmu_crc.cli import main
+
+    out = tmp_path_factory.mktemp("prepared") / "hmu_crc_hist550k"
+    assert main(["prepare", "--data-dir", str(sample_release), "--output-dir", str(out), "--num-proc", "2"]) == 0
+    return out

@@ -16,11 +16,9 @@ from hmu_crc.cli import main
 from hmu_crc.labels import CLASS_NAMES
 
 
-@pytest.fixture(scope="module")
-def prepared(sample_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "hmu_crc_hist550k"
-    assert main(["prepare", "--data-dir", str(sample_release), "--output-dir", str(out), "--num-proc", "2"]) == 0
-    return out
+@pytest.fixture
+def prepared(prepared_sample: Path) -> Path:
+    return prepared_sample
 
 
 def test_every_config_loads_with_its_types(prepared: Path) -> None:
