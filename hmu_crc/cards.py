@@ -8,7 +8,7 @@ import datasets
 import yaml
 
 from hmu_crc.labels import CLASS_DESCRIPTIONS, CLASS_NAMES
-from hmu_crc.provenance import CITATION, DESCRIPTION, LICENSE
+from hmu_crc.provenance import CITATION, CLINICAL_FIELDS, DESCRIPTION, HOW_MADE, LICENSE, LIMITATIONS
 from hmu_crc.splits import SplitSpec
 
 SYNTHETIC_WARNING = (
@@ -67,12 +67,28 @@ def write_dataset_card(
         f"| {split} | {sum(row.values())} | " + " | ".join(str(row[name]) for name in CLASS_NAMES) + " |"
         for split, row in per_split.items()
     )
+    patients = counts.get("patients_per_split", {})
+    patient_line = ", ".join(f"{split} {n}" for split, n in patients.items())
+    external = "\n".join(f"| `{name}` | {rows} |" for name, rows in counts.get("kather_tiles_written", {}).items())
+    clinical = ""
+    if "clinical" in infos:
+        fields = "\n".join(f"| `{name}` | {text} |" for name, text in CLINICAL_FIELDS.items())
+        extras = ", ".join(f"`{n}`" for n in infos["clinical"].features if n not in CLINICAL_FIELDS)
+        kept = (
+            f"\n\nColumns of the release's CSV that match none of these are kept as text: {extras}." if extras else ""
+        )
+        clinical = f"## Clinical fields\n\n| column | meaning |\n|---|---|\n{fields}{kept}\n"
+    limits = "\n".join(f"- {line}" for line in LIMITATIONS)
     body = f"""
 # HMU-CRC-Hist550K
 
 {SYNTHETIC_WARNING if synthetic else ""}
 
 {DESCRIPTION}
+
+## How it was made
+
+{HOW_MADE}
 
 ## Loading
 
@@ -99,8 +115,28 @@ Grouped by patient (no patient has tiles in two splits) and stratified by class:
 |---|---|{"---|" * len(CLASS_NAMES)}
 {table}
 
+Patients per split: {patient_line}.
+
 `preparation_report.json` beside this card has the counts per class, patient and split, and `problems.csv` every
 file or row that was left out or flagged, with the reason.
+
+{clinical}
+## External test sets
+
+Kather et al.'s sets, mapped to the same eight labels; their ninth class (BACK, background) has no label here and
+is left out (counted in the report).
+
+| config | tiles |
+|---|---|
+{external}
+
+## Licence
+
+`{LICENSE}`, as stated by the release; Kather's sets are CC BY 4.0. Check the terms of the copy you downloaded.
+
+## Limitations
+
+{limits}
 
 ## Citation
 

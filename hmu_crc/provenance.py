@@ -35,3 +35,33 @@ KATHER_CITATION = """\
   year = {2019},
 }
 """
+
+HOW_MADE = (
+    "Pathologists annotated tumour-microenvironment regions on 500 H&E whole-slide images of colorectal cancer "
+    "(one slide per patient, scanned at 20x on an Aperio AT2 at Harbin Medical University Cancer Hospital, "
+    "2013-2015) at three levels of review; non-overlapping 224x224 px tiles were cut from the annotated regions "
+    "and sampled per class. Each tile carries the class of the region it was cut from."
+)
+
+CLINICAL_FIELDS = {
+    "patient_id": "the patient, as in the tiles' `patient_id`",
+    "sex": "`male` or `female`",
+    "age": "age at diagnosis, years",
+    "t_stage": "primary tumour category (AJCC), e.g. `T3`, `T4a`",
+    "n_stage": "regional lymph node category, e.g. `N0`, `N1b`",
+    "m_stage": "distant metastasis category, `M0` or `M1`...",
+    "tnm_stage": "overall stage as a Roman numeral with letter, e.g. `IIA`, `IIIB`",
+    "treatment": "treatment history, as recorded",
+    "os_months": "overall survival or follow-up time, months",
+    "os_event": "1 for death, 0 for censored (alive at last follow-up)",
+}
+"""One line per canonical clinical column, for the dataset card."""
+
+LIMITATIONS = (
+    "One centre, one scanner and one staining protocol: expect a drop on slides from elsewhere (stain and "
+    "scanner shift); evaluate on Kather's sets or your own before relying on a model.",
+    "An Asian (Chinese) cohort treated in 2013-2015: the patient mix may differ from yours.",
+    "Tiles are static crops of annotated regions: they do not show how tissue classes mix at their borders, "
+    "and class frequencies follow the per-class sampling, not the slides.",
+    "Research use only: neither the data nor models trained on it are validated for diagnosis or treatment decisions.",
+)

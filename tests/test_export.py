@@ -64,6 +64,10 @@ def test_card_and_report(prepared: Path, sample_release: Path) -> None:
     assert meta["license"] and meta["task_categories"] == ["image-classification"]
     assert next(c for c in meta["configs"] if c["config_name"] == "tiles")["default"] is True
     assert "synthetic" in card.text.lower()
+    for heading in ("## How it was made", "## Clinical fields", "## External test sets", "## Limitations"):
+        assert heading in card.text
+    assert "`tumor_location`" in card.text, "the CSV's unmatched columns are named"
+    assert "Patients per split: train" in card.text
     yaml.safe_load(prepared.joinpath("README.md").read_text().split("---")[1])
     report = json.loads((prepared / "preparation_report.json").read_text())
     counts = report["counts"]
