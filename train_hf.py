@@ -23,6 +23,7 @@ from transformers import EarlyStoppingCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from hmu_crc.evaluation import evaluate_split
+from hmu_crc.hub import claim_trainer_push, push_model
 from hmu_crc.training import (
     TissueTrainer,
     build_model,
@@ -45,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # NOTE: the collator needs the image bytes, which Trainer would drop as "unused" by the model.
     training_args.remove_unused_columns = False
     setup_logging(training_args)
+    # Hub: --push_to_hub is ours, not Trainer's; repository id and token are checked now, the push comes last.
+    hub_repo = claim_trainer_push(training_args)
     logger.info("processes: %d, device: %s", training_args.world_size, training_args.device)
 
     # A checkpoint left by an interrupted run of this command is where we continue.
@@ -95,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         logger.info("metrics, predictions and pictures are in %s", output_dir)
+        if hub_repo:  # one commit: weights, card, metrics, pictures; see hmu_crc.hub.MODEL_FILES
+            private = training_args.hub_private_repo is not False
+            push_model(output_dir, hub_repo, private=private, token=training_args.hub_token)
     return results
 
 

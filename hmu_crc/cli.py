@@ -7,11 +7,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hmu_crc.problems import ReleaseError
 from hmu_crc.release import DEFAULT_PATIENT_PATTERN
+
+if TYPE_CHECKING:
+    from hmu_crc.hub import PushResult
 
 logger = logging.getLogger("hmu_crc")
 
@@ -77,6 +81,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", type=Path, default=Path("outputs/crossval"), help="folder of the folds and tables"
     )
     crossval.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: train_hf.py flags for every run")
+
+    predict = verbs.add_parser("predict", help="classify tile files and folders of tiles into a CSV")
+    predict.add_argument("--model", required=True, help="folder written by train_hf.py, or a Hub model id")
+    predict.add_argument("paths", nargs="+", type=Path, help="tiles (png, tif, jpg) and folders searched at any depth")
+    predict.add_argument("--output", type=Path, default=Path("predictions.csv"), help="the CSV to write")
+    predict.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
+    predict.add_argument("--num-workers", type=int, help="processes decoding tiles (default: up to 8 cores)")
+    predict.add_argument("--skip-invalid", action="store_true", help="list unreadable files and go on")
+
+    push = verbs.add_parser("push", help="publish a prepared folder as a Hub dataset, in one commit")
+    push.add_argument("--data-dir", required=True, type=Path, help="the folder `hmu-crc prepare` wrote")
+    push.add_argument("--repo-id", required=True, help="ORG/NAME of the dataset repository (created if missing)")
+    push.add_argument(
+        "--include-clinical", action="store_true", help="also publish the clinical configs (patient-level data)"
+    )
+    push_model = verbs.add_parser("push-model", help="publish a trained model with its card, in one commit")
+    push_model.add_argument("--model", required=True, type=Path, help="the output_dir of train_hf.py")
+    push_model.add_argument("--repo-id", required=True, help="ORG/NAME of the model repository (created if missing)")
+    push_model.add_argument("--dataset-id", help="dataset the card names (default: the run's, when a Hub id)")
+    for verb in (push, push_model):
+        visibility = verb.add_mutually_exclusive_group()
+        visibility.add_argument(
+            "--private",
+            dest="private",
+            action="store_true",
+            default=True,
+            help="a new repository is private (default)",
+        )
+        visibility.add_argument("--public", dest="private", action="store_false", help="a new repository is public")
+        verb.add_argument("--token-env", help="variable holding the token (default: $HF_TOKEN, then `hf auth login`)")
+        verb.add_argument("--timeout", type=float, default=60.0, help="seconds to wait on any one request")
     return parser
 
 
@@ -178,12 +213,65 @@ def run_crossval(args: argparse.Namespace) -> None:
     print(result.markdown, end="")
 
 
+def run_predict(args: argparse.Namespace) -> None:
+    from hmu_crc.predict import predict_tiles
+
+    summary = predict_tiles(
+        args.model,
+        args.paths,
+        args.output,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        skip_invalid=args.skip_invalid,
+    )
+    print(f"Classified {summary.predicted} tile(s): {summary.output}")
+    if summary.skipped:
+        print(f"Left out {len(summary.skipped)} unreadable file(s), listed in {summary.skipped_list}")
+
+
+def run_push(args: argparse.Namespace) -> None:
+    from hmu_crc.hub import push_dataset, resolve_token
+
+    token = resolve_token(args.token_env)
+    result = push_dataset(
+        args.data_dir,
+        args.repo_id,
+        private=args.private,
+        include_clinical=args.include_clinical,
+        token=token,
+        timeout=args.timeout,
+    )
+    _print_push(result)
+
+
+def run_push_model(args: argparse.Namespace) -> None:
+    from hmu_crc.hub import push_model, resolve_token
+
+    token = resolve_token(args.token_env)
+    result = push_model(
+        args.model, args.repo_id, private=args.private, dataset_id=args.dataset_id, token=token, timeout=args.timeout
+    )
+    _print_push(result)
+
+
+def _print_push(result: PushResult) -> None:
+    if result.commit is None:
+        print(f"{result.url} already holds these {len(result.files)} file(s); no commit made.")
+    else:
+        print(f"Pushed {len(result.files)} file(s) to {result.url} in one commit ({result.commit}).")
+    if result.deleted:
+        print(f"Deleted {len(result.deleted)} file(s) this push no longer sends: {', '.join(result.deleted)}")
+
+
 VERBS = {
     "sample": run_sample,
     "prepare": run_prepare,
     "evaluate": run_evaluate,
     "describe": run_describe,
     "crossval": run_crossval,
+    "predict": run_predict,
+    "push": run_push,
+    "push-model": run_push_model,
 }
 
 

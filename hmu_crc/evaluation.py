@@ -12,6 +12,7 @@ from typing import Any
 import datasets
 import numpy as np
 import pandas as pd
+import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from hmu_crc.figures import write_figures
@@ -79,6 +80,7 @@ def evaluation_trainer(model: PreTrainedModel, processor: Any, output_dir: Path,
         output_dir=str(output_dir),
         per_device_eval_batch_size=batch_size,
         dataloader_num_workers=min(8, os.cpu_count() or 1),
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         report_to="none",
     )

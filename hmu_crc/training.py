@@ -141,6 +141,7 @@ def run_defaults() -> dict[str, Any]:
     return {
         "do_train": True,
         "dataloader_num_workers": min(8, os.cpu_count() or 1),
+        "dataloader_pin_memory": torch.cuda.is_available(),
         "report_to": installed_trackers(),
     }
 
