@@ -11,9 +11,9 @@ channels_last, workers), `build_model`, `PixelPreprocessor` and `TissueTrainer.t
 - end to end: DataLoader workers decode the PNG bytes with `TileCollator(augment=True)`, as in training;
 - in memory: the same collated uint8 batches, made once before timing, handed out by the main process.
 
-The preprocessor (float, stain jitter, normalisation) runs in the training step on both sides. Steps after the
-warm-up are timed from one optimizer step's end to another's; the sides alternate in every repeat and each run
-starts from the same weights.
+The preprocessor (float, stain jitter, normalisation) runs in the training step on both sides. Each step after the
+warm-up is timed from one optimizer step's end to the next; images/s is the batch over the median step of all
+repeats. The sides alternate in every repeat and each run starts from the same weights.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import copy
 import dataclasses
 import gc
+import itertools
 import json
 import logging
 import os
@@ -76,18 +77,24 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 
 
 class StepTimer(TrainerCallback):
-    """Marks the end of the warm-up's last optimizer step and of the run's last one."""
+    """Seconds from one optimizer step's end to the next, after the warm-up.
+
+    The device is synchronised only at the first and the last mark, so that the timed loop overlaps work as
+    training does (Trainer itself waits for each step's loss when it checks it for NaN).
+    """
 
     def __init__(self, warmup: int, synchronize: Callable[[], None]):
         self.warmup, self.synchronize, self.marks = warmup, synchronize, []
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step < self.warmup:
+            return
         if state.global_step in (self.warmup, state.max_steps):
             self.synchronize()
-            self.marks.append(time.perf_counter())
+        self.marks.append(time.perf_counter())
 
-    def images_per_second(self, batch_size: int, steps: int) -> float:
-        return batch_size * steps / (self.marks[-1] - self.marks[0])
+    def step_seconds(self) -> list[float]:
+        return [end - start for start, end in itertools.pairwise(self.marks)]
 
 
 class BatchesInMemory:
@@ -172,8 +179,8 @@ def timed_run(
     preprocessor: PixelPreprocessor,
     processor: Any,
     args: argparse.Namespace,
-) -> float:
-    """Images/s of `TissueTrainer.train()` over the steps after the warm-up."""
+) -> list[float]:
+    """Seconds of each of `TissueTrainer.train()`'s steps after the warm-up."""
     timer = StepTimer(training_args.max_steps - args.steps, torch.cuda.synchronize if gpu(args) else lambda: None)
     trainer = TissueTrainer(
         model=model,
@@ -187,7 +194,7 @@ def timed_run(
     trainer.remove_callback(PrinterCallback)  # it prints the final metrics to stdout, where our JSON goes
     trainer.train()
     del trainer
-    return timer.images_per_second(training_args.per_device_train_batch_size, args.steps)
+    return timer.step_seconds()
 
 
 def bench_model(name: str, dataset: Path, scratch: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -211,11 +218,12 @@ def bench_model(name: str, dataset: Path, scratch: Path, args: argparse.Namespac
     for repeat in range(args.repeats):
         for side in list(feeds) if repeat % 2 == 0 else list(feeds)[::-1]:
             model = copy.deepcopy(pristine)
-            runs[side].append(timed_run(model, *feeds[side], preprocessor, processor, args))
+            runs[side] += timed_run(model, *feeds[side], preprocessor, processor, args)
             del model
             release_memory(args)
 
-    end_to_end, in_memory = statistics.median(runs["end_to_end"]), statistics.median(runs["in_memory"])
+    # Images/s of the median step: a step slowed by someone else's work on the machine moves it least.
+    end_to_end, in_memory = (batch_size / statistics.median(runs[side]) for side in feeds)
     return {
         "parameters_m": round(sum(p.numel() for p in pristine.parameters()) / 1e6, 1),
         "batch_size": batch_size,
@@ -227,7 +235,7 @@ def bench_model(name: str, dataset: Path, scratch: Path, args: argparse.Namespac
         "end_to_end_images_per_s": round(end_to_end, 2),
         "in_memory_images_per_s": round(in_memory, 2),
         "data_path_cost_percent": round(100 * (1 - end_to_end / in_memory), 1),
-        "runs": {side: [round(x, 2) for x in values] for side, values in runs.items()},
+        "step_seconds": {side: [round(x, 3) for x in values] for side, values in runs.items()},
     }
 
 
