@@ -51,3 +51,15 @@ def prepared_sample(sample_release: Path, tmp_path_factory: pytest.TempPathFacto
     out = tmp_path_factory.mktemp("prepared") / "hmu_crc_hist550k"
     assert main(["prepare", "--data-dir", str(sample_release), "--output-dir", str(out), "--num-proc", "2"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_demo(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The demo config trained on the prepared sample (about half a minute): its output folder and results."""
+    import train_hf
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("demo") / "model"
+    overrides = ["--dataset", str(prepared_sample), "--output_dir", str(out), "--report_to", "none"]
+    results = train_hf.main(["--config", str(root / "configs" / "demo.yaml"), *overrides])
+    return out, results

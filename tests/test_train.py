@@ -14,6 +14,7 @@ import datasets
 import pandas as pd
 import pytest
 import yaml
+from tiny_models import TINY_MODELS
 from transformers import pipeline
 
 import train_hf
@@ -21,41 +22,6 @@ from hmu_crc.labels import CLASS_NAMES
 from hmu_crc.training import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY_MODELS = {
-    "vit": {
-        "model_type": "vit",
-        "image_size": 64,
-        "patch_size": 16,
-        "hidden_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-    },
-    "resnet": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
-    "efficientnet": {
-        "model_type": "efficientnet",
-        "image_size": 64,
-        "width_coefficient": 0.1,
-        "depth_coefficient": 0.1,
-        "hidden_dim": 128,
-    },
-    "swin": {
-        "model_type": "swin",
-        "image_size": 64,
-        "patch_size": 4,
-        "embed_dim": 16,
-        "depths": [1, 1],
-        "num_heads": [1, 2],
-        "window_size": 4,
-    },
-    "hybrid": {
-        "model_type": "timm_wrapper",
-        "architecture": "vit_tiny_r_s16_p8_224",
-        "model_args": {"img_size": 64, "depth": 1},
-    },
-}
-"""Each family's architecture at a toy size, built from a config so that nothing downloads."""
 
 
 def write_config(folder: Path, prepared: Path, model: dict, **overrides: object) -> Path:
@@ -108,15 +74,14 @@ def test_every_family_trains_saves_and_serves(prepared_sample: Path, tmp_path: P
     assert abs(sum(item["score"] for item in answer) - 1) < 1e-4
 
 
-def test_demo_learns_the_sample(prepared_sample: Path, tmp_path: Path) -> None:
+def test_demo_learns_the_sample(trained_demo: tuple[Path, dict]) -> None:
     """The demo config, unchanged but for paths, must beat chance clearly on held-out patients.
 
     Chance is 1/8. With about 50 validation tiles, a chance-level model's accuracy has a standard deviation of
     about sqrt(0.125 * 0.875 / 50) = 0.047, so 0.5 sits some eight standard deviations above chance while
     leaving room below the demo's usual score on the sample (0.9 to 1.0).
     """
-    overrides = ["--dataset", str(prepared_sample), "--output_dir", str(tmp_path / "demo"), "--report_to", "none"]
-    results = train_hf.main(["--config", str(ROOT / "configs" / "demo.yaml"), *overrides])
+    _, results = trained_demo
     assert results["validation"]["accuracy"] >= 0.5
     assert results["validation"]["balanced_accuracy"] >= 0.5
 
