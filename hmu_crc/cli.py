@@ -90,6 +90,71 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--num-workers", type=int, help="processes decoding tiles (default: up to 8 cores)")
     predict.add_argument("--skip-invalid", action="store_true", help="list unreadable files and go on")
 
+    explain = verbs.add_parser(
+        "explain", help="Grad-CAM heatmaps of tiles: overlays, a CSV, contact sheets per predicted class"
+    )
+    explain.add_argument("--model", required=True, help="folder written by train_hf.py, or a Hub model id")
+    explain.add_argument("paths", nargs="+", type=Path, help="tiles (png, tif, jpg) and folders searched at any depth")
+    explain.add_argument("--output-dir", type=Path, default=Path("explanations"), help="new or empty folder to write")
+    explain.add_argument("--batch-size", type=int, default=32, help="tiles per forward and backward pass")
+    explain.add_argument("--target-class", help="class every heatmap explains (default: each tile's predicted one)")
+    explain.add_argument("--num-workers", type=int, help="processes decoding tiles (default: up to 8 cores)")
+    explain.add_argument("--skip-invalid", action="store_true", help="list unreadable files and go on")
+
+    survival = verbs.add_parser(
+        "survival",
+        help="per-patient tissue composition against overall survival: Kaplan-Meier, log-rank, Cox",
+        description="Count each patient's predicted tiles per class, join the clinical rows, split patients by one "
+        "class's fraction for Kaplan-Meier curves and a log-rank test, and fit a Cox model of the fractions with "
+        "age, sex and stage. On small cohorts, and on the synthetic sample, the numbers mean nothing.",
+    )
+    survival.add_argument(
+        "--predictions",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="CSVs of `predict` or `evaluate`, per-slide Parquet files, or folders of them",
+    )
+    survival.add_argument(
+        "--clinical", required=True, type=Path, help="prepared folder, release folder, or the clinical CSV"
+    )
+    survival.add_argument("--output-dir", type=Path, default=Path("survival"), help="folder to write")
+    survival.add_argument("--split-by", default="STR", help="class whose fraction splits patients (default STR)")
+    survival.add_argument("--threshold", default="median", help="'median' or a fraction in [0, 1]; above is high")
+    survival.add_argument(
+        "--patient-pattern", default=DEFAULT_PATIENT_PATTERN, help="regex with a patient_id group, on tile paths"
+    )
+    survival.add_argument("--patient-map", type=Path, help="CSV of patient_id with file_name and/or slide")
+    survival.add_argument("--reference-class", default="TUM", help="fraction left out of the Cox model")
+    survival.add_argument("--cox-classes", nargs="+", help="fractions in the Cox model (default: all but reference)")
+    survival.add_argument(
+        "--clinical-covariates",
+        nargs="*",
+        choices=["age", "sex", "stage"],
+        default=["age", "sex", "stage"],
+        help="clinical covariates of the Cox model; none with an empty list",
+    )
+    survival.add_argument("--penalizer", default="auto", help="Cox ridge penalizer: 'auto' or a number >= 0")
+
+    slide_map = verbs.add_parser(
+        "slide-map",
+        help="classify every tissue tile of a whole-slide image: Parquet, class fractions, a coloured map",
+        description="Find tissue on a thumbnail, cut it into 224 px tiles at the training scale, classify them in "
+        "batches and write tile_predictions.parquet, class_fractions.json and slide_map.png. Reads SVS and the other "
+        "formats OpenSlide opens, and tiled pyramidal TIFFs.",
+    )
+    slide_map.add_argument("--model", required=True, help="folder written by train_hf.py, or a Hub model id")
+    slide_map.add_argument("slide", type=Path, help="the whole-slide image (SVS, tiled pyramidal TIFF, ...)")
+    slide_map.add_argument("--output-dir", type=Path, help="folder to write (default: <slide name>_map)")
+    slide_map.add_argument(
+        "--mpp", type=_mpp_or_native, default=0.5, help="µm/px of the 224 px tiles (default 0.5, as trained) or native"
+    )
+    slide_map.add_argument("--slide-mpp", type=float, help="the slide's µm/px at level 0, if its metadata lacks it")
+    slide_map.add_argument("--tissue-threshold", type=float, help="tissue fraction to classify a tile (0.25)")
+    slide_map.add_argument("--saturation-threshold", type=float, help="saturation of tissue (default: per slide)")
+    slide_map.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
+    slide_map.add_argument("--num-workers", type=int, default=2, help="threads reading tiles while the model runs")
+
     push = verbs.add_parser("push", help="publish a prepared folder as a Hub dataset, in one commit")
     push.add_argument("--data-dir", required=True, type=Path, help="the folder `hmu-crc prepare` wrote")
     push.add_argument("--repo-id", required=True, help="ORG/NAME of the dataset repository (created if missing)")
@@ -229,6 +294,96 @@ def run_predict(args: argparse.Namespace) -> None:
         print(f"Left out {len(summary.skipped)} unreadable file(s), listed in {summary.skipped_list}")
 
 
+def run_explain(args: argparse.Namespace) -> None:
+    from hmu_crc.explain import explain_tiles
+
+    summary = explain_tiles(
+        args.model,
+        args.paths,
+        args.output_dir,
+        batch_size=args.batch_size,
+        target_class=args.target_class,
+        num_workers=args.num_workers,
+        skip_invalid=args.skip_invalid,
+    )
+    print(f"Explained {summary.explained} tile(s) with {summary.method}.")
+    print(f"Table: {summary.table}; tiles, heatmaps and overlays: {summary.output_dir}")
+    for name, path in summary.contact_sheets.items():
+        print(f"  {name}: {summary.counts[name]} tile(s), contact sheet {path}")
+    print(f"Method and counts: {summary.report}")
+    if summary.skipped:
+        print(f"Left out {len(summary.skipped)} unreadable file(s), listed in {summary.report}")
+
+
+def run_survival(args: argparse.Namespace) -> None:
+    from hmu_crc.survival import SurvivalOptions, run_survival
+
+    penalizer = args.penalizer
+    if penalizer != "auto":
+        try:
+            penalizer = float(penalizer)
+        except ValueError:
+            raise ValueError(f"--penalizer: expected 'auto' or a number of 0 or more, found {penalizer!r}") from None
+    options = SurvivalOptions(
+        predictions=tuple(args.predictions),
+        clinical=args.clinical,
+        output_dir=args.output_dir,
+        split_by=args.split_by,
+        threshold=args.threshold,
+        patient_pattern=args.patient_pattern,
+        patient_map=args.patient_map,
+        reference_class=args.reference_class,
+        cox_classes=tuple(args.cox_classes) if args.cox_classes else None,
+        clinical_covariates=tuple(args.clinical_covariates),
+        penalizer=penalizer,
+    )
+    report = run_survival(options)
+    counts = report.summary["counts"]
+    print(f"Analysed {counts['patients_analysed']} patient(s) with {counts['events']} death(s); wrote:")
+    for path in report.files.values():
+        print(f"  {path}")
+    without = counts["patients_without_clinical_row"], counts["clinical_rows_without_predictions"]
+    if any(without) or counts["patients_without_survival_data"]:
+        print(
+            f"Not analysed: {without[0]} patient(s) without a clinical row, {without[1]} clinical row(s) without "
+            f"predictions, {counts['patients_without_survival_data']} without survival data; "
+            f"listed in {report.files['unmatched']}"
+        )
+    for caution in report.cautions:
+        print(f"CAUTION: {caution}")
+
+
+def _mpp_or_native(text: str) -> float | str:
+    if text == "native":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected µm per pixel (e.g. 0.5) or 'native', found {text!r}") from None
+
+
+def run_slide_map(args: argparse.Namespace) -> None:
+    from hmu_crc.slide_map import default_output_dir, map_slide
+
+    chosen = {"tissue_threshold": args.tissue_threshold, "saturation_threshold": args.saturation_threshold}
+    summary = map_slide(
+        args.slide,
+        args.model,
+        args.output_dir or default_output_dir(args.slide),
+        mpp=args.mpp,
+        slide_mpp=args.slide_mpp,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
+    print(f"Classified {summary.tissue_tiles} tissue tile(s) of {summary.grid_tiles} in the grid:")
+    for name, fraction in summary.fractions.items():
+        print(f"  {name:<4} {fraction:7.2%}  {summary.counts[name]:>7} tile(s)")
+    if summary.tissue_area_mm2 is not None:
+        print(f"Tissue area {summary.tissue_area_mm2:.2f} mm².")
+    print(f"Wrote {', '.join(str(path) for path in summary.outputs.values())}")
+
+
 def run_push(args: argparse.Namespace) -> None:
     from hmu_crc.hub import push_dataset, resolve_token
 
@@ -270,6 +425,9 @@ VERBS = {
     "describe": run_describe,
     "crossval": run_crossval,
     "predict": run_predict,
+    "explain": run_explain,
+    "slide-map": run_slide_map,
+    "survival": run_survival,
     "push": run_push,
     "push-model": run_push_model,
 }

@@ -166,8 +166,8 @@ def _with_patients(tiles: pd.DataFrame, options: ReleaseOptions, problems: list[
         how = f"the mapping file {options.patient_map_file}"
         fix = "add the tile to the mapping file (columns file_name, patient_id)"
     else:
-        pattern = _compile_pattern(options.patient_pattern)
-        patient = tiles["name"].map(lambda name: _match_patient(pattern, name))
+        pattern = compile_patient_pattern(options.patient_pattern)
+        patient = tiles["name"].map(lambda name: match_patient(pattern, name))
         how = f"the pattern {options.patient_pattern!r}"
         fix = "pass --patient-pattern with a (?P<patient_id>...) group that matches, or --patient-map FILE"
     # A "patient" named like a class means the pattern read the wrong part of the name (ADI_00012.png -> ADI).
@@ -182,7 +182,7 @@ def _with_patients(tiles: pd.DataFrame, options: ReleaseOptions, problems: list[
     return tiles.assign(patient_id=patient).loc[~missing].reset_index(drop=True)
 
 
-def _compile_pattern(pattern: str) -> re.Pattern[str]:
+def compile_patient_pattern(pattern: str) -> re.Pattern[str]:
     try:
         compiled = re.compile(pattern)
     except re.error as error:
@@ -192,7 +192,7 @@ def _compile_pattern(pattern: str) -> re.Pattern[str]:
     return compiled
 
 
-def _match_patient(pattern: re.Pattern[str], name: str) -> str | None:
+def match_patient(pattern: re.Pattern[str], name: str) -> str | None:
     match = pattern.search(name)
     return match.group("patient_id") if match and match.group("patient_id") else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,18 +175,7 @@ def _predicted_rows(
 ) -> Iterator[tuple[list[list[object]], int]]:
     """Per batch: the CSV rows of its readable tiles, and how many files it read."""
     for batch in loader:
-        good = []
-        for index, pixels, error in batch:
-            if error is None:
-                good.append((index, pixels))
-            elif skip_invalid:
-                summary.skipped.append((files[index], error))
-            else:
-                msg = (
-                    f"{files[index]}: expected a PNG, TIFF or JPEG tile that decodes to RGB, found an unreadable "
-                    f"file ({error}); replace or remove it, or pass --skip-invalid to list it and go on"
-                )
-                raise ValueError(msg)
+        good = readable_tiles(batch, files, summary.skipped, skip_invalid)
         if not good:
             yield [], len(batch)
             continue
@@ -197,6 +186,29 @@ def _predicted_rows(
             for (index, _), row in zip(good, probabilities, strict=True)
         ]
         yield rows, len(batch)
+
+
+def readable_tiles(
+    batch: Iterable[tuple[int, np.ndarray | None, str | None]],
+    files: Sequence[Path],
+    skipped: list[tuple[Path, str]],
+    skip_invalid: bool,
+) -> list[tuple[int, np.ndarray]]:
+    """The decoded tiles of a `TileFiles` batch as (index, pixels); an unreadable one stops the run with a clear
+    error or, with `skip_invalid`, is appended to `skipped` with its reason."""
+    readable = []
+    for index, pixels, error in batch:
+        if error is None:
+            readable.append((index, pixels))
+        elif skip_invalid:
+            skipped.append((files[index], error))
+        else:
+            msg = (
+                f"{files[index]}: expected a PNG, TIFF or JPEG tile that decodes to RGB, found an unreadable "
+                f"file ({error}); replace or remove it, or pass --skip-invalid to list it and go on"
+            )
+            raise ValueError(msg)
+    return readable
 
 
 def _write_skipped(output: Path, skipped: list[tuple[Path, str]]) -> Path:
