@@ -7,7 +7,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,12 +274,36 @@ def processor_geometry(processor: Any, image_size: int | None) -> tuple[list[flo
 
 class TissueTrainer(Trainer):
     """A Trainer whose batches arrive as uint8 and are normalised (and stain-jittered when training) on the
-    device, with optional class-balanced sampling."""
+    device, with optional class-balanced sampling.
 
-    def __init__(self, *args: Any, preprocessor: PixelPreprocessor, class_balanced: bool = False, **kwargs: Any):
+    `train_collator`, when given, builds the training batches (with the random flips and quarter turns), while
+    evaluation and prediction keep `data_collator`: Trainer itself uses one collator for every loader, which would
+    score the validation split on randomly turned tiles, differently at each evaluation.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        preprocessor: PixelPreprocessor,
+        train_collator: Callable[[Sequence[dict]], dict[str, torch.Tensor]] | None = None,
+        class_balanced: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.preprocessor = preprocessor
+        self.train_collator = train_collator
         self.class_balanced = class_balanced
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        if self.train_collator is None:
+            return super().get_train_dataloader()
+        # NOTE: Trainer builds every loader from `self.data_collator`, so the training collator stands in for it
+        # while the training loader is made.
+        shared, self.data_collator = self.data_collator, self.train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = shared
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         inputs = super()._prepare_inputs(inputs)

@@ -18,6 +18,7 @@ from tiny_models import TINY_MODELS
 from transformers import pipeline
 
 import train_hf
+from hmu_crc.cli import main as cli_main
 from hmu_crc.labels import CLASS_NAMES
 from hmu_crc.training import load_config
 
@@ -84,6 +85,23 @@ def test_demo_learns_the_sample(trained_demo: tuple[Path, dict]) -> None:
     _, results = trained_demo
     assert results["validation"]["accuracy"] >= 0.5
     assert results["validation"]["balanced_accuracy"] >= 0.5
+
+
+def test_validation_is_scored_on_the_tiles_as_they_are(trained_demo: tuple[Path, dict], tmp_path: Path) -> None:
+    """train_hf.py trains on flipped and turned tiles but must score the validation split on the tiles as they are:
+    its own predictions equal those of `hmu-crc evaluate` on the saved model, tile by tile."""
+    out, results = trained_demo
+    evaluated = tmp_path / "evaluation"
+    dataset = yaml.safe_load((out / "resolved_config.yaml").read_text())["dataset"]
+    args = ["--model", str(out), "--dataset", dataset, "--split", "validation", "--output-dir", str(evaluated)]
+    assert cli_main(["evaluate", *args]) == 0
+    columns = [f"prob_{name}" for name in CLASS_NAMES]
+    during = pd.read_csv(out / "validation_predictions.csv")
+    after = pd.read_csv(evaluated / "validation_predictions.csv")
+    assert list(during["file_name"]) == list(after["file_name"])
+    pd.testing.assert_frame_equal(during[columns], after[columns], atol=1e-4, rtol=0)
+    standalone = json.loads((evaluated / "validation_metrics.json").read_text())
+    assert results["validation"]["confusion_matrix"] == standalone["confusion_matrix"]
 
 
 def test_command_line_overrides_yaml_and_is_saved(prepared_sample: Path, tmp_path: Path) -> None:
