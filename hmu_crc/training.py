@@ -179,7 +179,27 @@ def load_tile_splits(data_args: DataArguments) -> datasets.DatasetDict:
     ):
         if limit is not None and name in splits:
             splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
+    for name, split in splits.items():
+        check_label_names(split, f"{data_args.dataset} ({data_args.dataset_config}, {name})")
     return splits.cast_column("image", datasets.Image(decode=False))
+
+
+def check_label_names(dataset: datasets.Dataset, where: str) -> None:
+    """Refuse a dataset whose `label` is not a ClassLabel of our eight tissue classes in our order: its label ids
+    would be read as other classes without a sound.
+
+    Raises:
+        ValueError: Naming the dataset, the labels found and the fix.
+    """
+    feature = dataset.features.get("label")
+    found = list(feature.names) if isinstance(feature, datasets.ClassLabel) else feature
+    if found != list(CLASS_NAMES):
+        msg = (
+            f"{where}: expected a ClassLabel column 'label' with the names {list(CLASS_NAMES)} in that order, found "
+            f"{found}; prepare the data with `hmu-crc prepare`, or reorder its labels with "
+            "Dataset.align_labels_with_mapping(dict(LABEL2ID), 'label') (LABEL2ID from hmu_crc.labels) and save it"
+        )
+        raise ValueError(msg)
 
 
 def load_config_splits(dataset: str, config: str) -> datasets.DatasetDict:
@@ -234,6 +254,7 @@ def load_evaluation_sets(dataset: str, wanted: Sequence[tuple[str, str | None]])
         parts = datasets.load_dataset(dataset, config)
         chosen = split or ("validation" if "validation" in parts else next(iter(parts)))
         name = chosen if config in ("tiles", "tiles_clinical") else config
+        check_label_names(parts[chosen], f"{dataset} ({config}, {chosen})")
         found[name] = parts[chosen].cast_column("image", datasets.Image(decode=False))
     return found
 

@@ -19,8 +19,8 @@ from transformers import pipeline
 
 import train_hf
 from hmu_crc.cli import main as cli_main
-from hmu_crc.labels import CLASS_NAMES
-from hmu_crc.training import load_config
+from hmu_crc.labels import CLASS_NAMES, LABEL2ID
+from hmu_crc.training import check_label_names, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,6 +102,20 @@ def test_validation_is_scored_on_the_tiles_as_they_are(trained_demo: tuple[Path,
     pd.testing.assert_frame_equal(during[columns], after[columns], atol=1e-4, rtol=0)
     standalone = json.loads((evaluated / "validation_metrics.json").read_text())
     assert results["validation"]["confusion_matrix"] == standalone["confusion_matrix"]
+
+
+def test_a_dataset_with_other_labels_is_refused_and_the_fix_works() -> None:
+    reordered = datasets.Dataset.from_dict(
+        {"label": [0, 7]}, features=datasets.Features({"label": datasets.ClassLabel(names=list(CLASS_NAMES[::-1]))})
+    )
+    with pytest.raises(ValueError, match=r"my/tiles \(tiles, train\): expected a ClassLabel .* found \['TUM', 'STR'"):
+        check_label_names(reordered, "my/tiles (tiles, train)")
+    with pytest.raises(ValueError, match=r"found Value\('int64'\)"):
+        check_label_names(datasets.Dataset.from_dict({"label": [0, 7]}), "plain ints")
+    # The fix the message gives: the same tissues, under our ids.
+    aligned = reordered.align_labels_with_mapping(dict(LABEL2ID), "label")
+    check_label_names(aligned, "aligned")
+    assert [CLASS_NAMES[i] for i in aligned["label"]] == ["TUM", "ADI"]
 
 
 def test_command_line_overrides_yaml_and_is_saved(prepared_sample: Path, tmp_path: Path) -> None:
