@@ -35,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed of the drawing")
     sample.add_argument("--kather", action="store_true", help="also write Kather-shaped external sets")
 
+    sample_slide = verbs.add_parser(
+        "sample-slide", help="write a SYNTHETIC whole slide (pyramidal TIFF) of known tissue regions, for slide-map"
+    )
+    sample_slide.add_argument("--output", required=True, type=Path, help="the .tif to write (must not exist)")
+    sample_slide.add_argument("--rows", type=int, default=12, help="rows of 224 px tiles")
+    sample_slide.add_argument("--columns", type=int, default=16, help="columns of 224 px tiles")
+    sample_slide.add_argument("--regions", type=int, default=8, help="patches of tissue classes")
+    sample_slide.add_argument("--seed", type=int, default=0, help="seed of the drawing")
+
     prepare = verbs.add_parser("prepare", help="validate a release and write a Hub-ready Parquet folder")
     prepare.add_argument("--data-dir", required=True, type=Path, help="the release: class folders and/or zips")
     prepare.add_argument("--output-dir", type=Path, default=Path(DEFAULT_OUTPUT), help="folder to write")
@@ -195,6 +204,18 @@ def run_sample(args: argparse.Namespace) -> None:
         f"Wrote a SYNTHETIC sample to {summary.output_dir}: {summary.num_tiles} tiles of {summary.num_patients} "
         f"patients{kather}. Every tile and clinical row is generated; it is not patient data."
     )
+
+
+def run_sample_slide(args: argparse.Namespace) -> None:
+    from hmu_crc.synthetic_slide import write_sample_slide
+
+    written = write_sample_slide(args.output, args.rows, args.columns, args.seed, args.regions)
+    planted = ", ".join(f"{name} {count}" for name, count in written.counts.items() if count)
+    print(
+        f"Wrote a SYNTHETIC slide to {written.slide} (0.5 µm/px): tiles planted {planted}; "
+        f"{written.glass_tiles} of glass. Every pixel is generated; it is not patient data."
+    )
+    print(f"The planted classes, to compare with a slide map: {written.layout_file}")
 
 
 def run_prepare(args: argparse.Namespace) -> None:
@@ -420,6 +441,7 @@ def _print_push(result: PushResult) -> None:
 
 VERBS = {
     "sample": run_sample,
+    "sample-slide": run_sample_slide,
     "prepare": run_prepare,
     "evaluate": run_evaluate,
     "describe": run_describe,

@@ -3,8 +3,11 @@ classes on glass, written as a tiled pyramidal TIFF that OpenSlide or tifffile r
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +46,27 @@ def render_layout(layout: Layout, rng: np.random.Generator, scale: int = 1) -> n
                 tile = np.asarray(Image.fromarray(tile).resize((side, side), Image.Resampling.BICUBIC))
             image[r * side : (r + 1) * side, c * side : (c + 1) * side] = tile
     return image
+
+
+def region_layout(rows: int, columns: int, rng: np.random.Generator, regions: int = 8) -> list[list[str | None]]:
+    """A slide-like layout: an oval of tissue on glass, cut into `regions` patches, each of one class (distinct
+    classes while there are enough): each tile takes the class of the nearest of `regions` random centres, so that
+    classes form areas rather than a checkerboard.
+
+    Raises:
+        ValueError: If the grid is smaller than 2 x 2 or `regions` is not positive.
+    """
+    if rows < 2 or columns < 2 or regions < 1:
+        msg = f"layout: expected at least 2 x 2 tiles and 1 region, found {rows} x {columns} and {regions}"
+        raise ValueError(msg)
+    centres = rng.uniform((0, 0), (rows, columns), size=(regions, 2))
+    classes = rng.choice(CLASS_NAMES, size=regions, replace=regions > len(CLASS_NAMES))  # distinct when they can be
+    grid = np.stack(np.mgrid[0:rows, 0:columns], axis=-1) + 0.5  # tile centres, (rows, columns, 2)
+    nearest = np.linalg.norm(grid[:, :, None, :] - centres, axis=-1).argmin(axis=-1)
+    # Tissue inside an oval that leaves a margin of glass; its edge is roughened tile by tile.
+    radius = np.hypot((grid[..., 0] - rows / 2) / (rows / 2), (grid[..., 1] - columns / 2) / (columns / 2))
+    tissue = radius + rng.uniform(-0.12, 0.12, size=radius.shape) < 0.9
+    return [[str(classes[nearest[r, c]]) if tissue[r, c] else None for c in range(columns)] for r in range(rows)]
 
 
 def write_pyramid_tiff(
@@ -99,3 +123,59 @@ def write_pyramid_tiff(
             writer.write(level, **options, **extra)
     logger.debug("wrote %s: %d levels, level 0 %s", path, len(levels), pixels.shape)
     return Path(path)
+
+
+SAMPLE_MPP = 0.5
+"""Microns per pixel of the sample slide: the training scale, as a 20x Aperio AT2 scans."""
+
+
+@dataclass(frozen=True)
+class SampleSlide:
+    """What `write_sample_slide` wrote."""
+
+    slide: Path
+    layout_file: Path
+    """`<slide stem>_layout.json`: the class planted in each 224 px tile, the truth to hold a slide map against."""
+    counts: dict[str, int]
+    """Tiles planted per class; glass tiles are not counted."""
+    glass_tiles: int
+
+
+def write_sample_slide(
+    path: str | Path, rows: int = 12, columns: int = 16, seed: int = 0, regions: int = 8
+) -> SampleSlide:
+    """Write a SYNTHETIC whole slide: a `region_layout` of `render_tile` tiles at 0.5 µm/px, as a tiled pyramidal
+    TIFF, and beside it the layout as JSON.
+
+    Raises:
+        ValueError: If the path does not end in .tif or .tiff, the file or its layout file exists, or the grid
+            is too small.
+    """
+    path = Path(path)
+    layout_file = path.with_name(f"{path.stem}_layout.json")
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{path}: expected a file name ending in .tif or .tiff, found {path.suffix or 'none'}")
+    for existing in (path, layout_file):
+        if existing.exists():
+            raise ValueError(f"{existing}: expected a new file, found one; pass another path or remove it")
+    rng = np.random.default_rng(seed)
+    layout = region_layout(rows, columns, rng, regions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_pyramid_tiff(path, render_layout(layout, rng), SAMPLE_MPP)
+    planted = Counter(code for row in layout for code in row if code is not None)
+    counts = {name: planted.get(name, 0) for name in CLASS_NAMES}
+    glass = rows * columns - sum(counts.values())
+    record = {
+        "synthetic": True,
+        "note": "Drawn by `hmu-crc sample-slide`: every pixel is generated, none comes from a patient.",
+        "slide": path.name,
+        "mpp": SAMPLE_MPP,
+        "tile_size": TILE_SIZE,
+        "seed": seed,
+        "tile_counts": counts,
+        "glass_tiles": glass,
+        "layout": layout,
+    }
+    layout_file.write_text(json.dumps(record, indent=1) + "\n")
+    logger.info("wrote the synthetic slide %s (%d x %d tiles, %d of glass)", path, rows, columns, glass)
+    return SampleSlide(path, layout_file, counts, glass)

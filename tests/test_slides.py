@@ -22,7 +22,7 @@ from hmu_crc.predict import load_classifier, predict_batch
 from hmu_crc.sample import TILE_SIZE
 from hmu_crc.slide_map import FIGURE_NAME, FRACTIONS_NAME, PREDICTIONS_NAME, map_slide, read_batches
 from hmu_crc.slides import OpenSlideSlide, SlideError, TiffSlide, open_slide
-from hmu_crc.synthetic_slide import render_layout, write_pyramid_tiff
+from hmu_crc.synthetic_slide import region_layout, render_layout, write_pyramid_tiff
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import save_untrained
@@ -348,3 +348,33 @@ def test_cli_reports_bad_input_and_returns_2(tmp_path: Path) -> None:
     assert main(["slide-map", "--model", "unused", str(text), "--output-dir", str(tmp_path / "out")]) == 2
     with pytest.raises(SystemExit):
         main(["slide-map", "--model", "unused", str(text), "--mpp", "twenty"])
+
+
+def test_sample_slide_verb_writes_a_slide_whose_map_finds_its_regions(
+    trained_demo: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`hmu-crc sample-slide` writes a slide at 0.5 µm/px and its planted layout; a map of it classifies exactly
+    the planted tissue tiles, and mostly as planted. It refuses to overwrite."""
+    path = tmp_path / "slides" / "sample.tif"
+    argv = ["sample-slide", "--output", str(path), "--rows", "6", "--columns", "8", "--seed", "3"]
+    assert main(argv) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    record = json.loads((tmp_path / "slides" / "sample_layout.json").read_text())
+    planted = {(r, c): code for r, row in enumerate(record["layout"]) for c, code in enumerate(row) if code}
+    assert record["synthetic"] and record["glass_tiles"] == 48 - len(planted) > 0
+    assert sum(record["tile_counts"].values()) == len(planted)
+    assert len(set(planted.values())) > 1, "the regions should hold more than one class"
+    with open_slide(path) as slide:
+        assert slide.dimensions == (8 * TILE_SIZE, 6 * TILE_SIZE) and slide.mpp == pytest.approx(0.5)
+
+    map_slide(path, trained_demo[0], tmp_path / "map", batch_size=16)
+    predicted = _predicted_cells(tmp_path / "map")
+    assert set(predicted) == set(planted)
+    right = sum(predicted[cell] == code for cell, code in planted.items())
+    assert right >= 0.75 * len(planted), f"{right} of {len(planted)} tiles mapped to their planted class"
+    assert main(argv) == 2  # the slide exists now
+
+
+def test_region_layout_refuses_a_tiny_grid() -> None:
+    with pytest.raises(ValueError, match="expected at least 2 x 2 tiles and 1 region, found 1 x 5"):
+        region_layout(1, 5, np.random.default_rng(0))
