@@ -112,8 +112,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[ModelArguments, 
     known, rest = first.parse_known_args(argv)
     defaults = load_config(known.config) if known.config else {}
     for name, value in run_defaults().items():
-        if name not in defaults and not any(a == f"--{name}" or a.startswith(f"--{name}=") for a in rest):
+        if name not in defaults and not _on_command_line(name, rest):
             defaults[name] = value
+    _drop_worker_options_without_workers(defaults, rest)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     parser.set_defaults(**defaults)
     # HfArgumentParser marks fields without defaults as required even when the YAML gives them.
@@ -121,6 +122,24 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[ModelArguments, 
         if action.dest in defaults:
             action.required = False
     return parser.parse_args_into_dataclasses(args=rest)
+
+
+def _on_command_line(name: str, argv: Sequence[str]) -> bool:
+    return any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv)
+
+
+def _drop_worker_options_without_workers(defaults: dict[str, Any], argv: Sequence[str]) -> None:
+    """`--dataloader_num_workers 0` (decoding in the main process, as one does to debug the data path) over a
+    YAML that sets prefetching or persistent workers: those two only apply to workers, and TrainingArguments
+    refuses them without any, so the YAML's values are dropped; given on the command line, they stay."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--dataloader_num_workers", type=int)
+    workers = parser.parse_known_args(argv)[0].dataloader_num_workers
+    if (defaults.get("dataloader_num_workers") if workers is None else workers) != 0:
+        return
+    for name in ("dataloader_prefetch_factor", "dataloader_persistent_workers"):
+        if name in defaults and not _on_command_line(name, argv):
+            logger.info("no DataLoader workers: the config's %s=%s does not apply", name, defaults.pop(name))
 
 
 def load_config(path: Path) -> dict[str, Any]:

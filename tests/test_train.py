@@ -20,7 +20,7 @@ from transformers import pipeline
 import train_hf
 from hmu_crc.cli import main as cli_main
 from hmu_crc.labels import CLASS_NAMES, LABEL2ID
-from hmu_crc.training import check_label_names, load_config
+from hmu_crc.training import check_label_names, load_config, parse_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,6 +126,16 @@ def test_command_line_overrides_yaml_and_is_saved(prepared_sample: Path, tmp_pat
     assert resolved["max_steps"] == 1
     assert resolved["model_config"]["model_type"] == "resnet"
     assert resolved["dataset"] == str(prepared_sample)
+
+
+def test_no_workers_drops_the_configs_worker_options() -> None:
+    """vit_base.yaml prefetches in persistent workers; without workers TrainingArguments would refuse both."""
+    config = str(ROOT / "configs" / "vit_base.yaml")
+    _, _, training_args = parse_arguments(["--config", config, "--dataloader_num_workers", "0", "--use_cpu", "true"])
+    assert training_args.dataloader_num_workers == 0
+    assert training_args.dataloader_prefetch_factor is None and not training_args.dataloader_persistent_workers
+    _, _, training_args = parse_arguments(["--config", config, "--use_cpu", "true"])
+    assert training_args.dataloader_prefetch_factor == 4 and training_args.dataloader_persistent_workers
 
 
 def test_unknown_yaml_key_is_refused(tmp_path: Path) -> None:
