@@ -6,7 +6,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from transformers import PreTrainedModel
 
 from hmu_crc.figures import DPI
 from hmu_crc.labels import CLASS_DESCRIPTIONS, CLASS_NAMES
-from hmu_crc.predict import TileFiles, find_tiles, load_classifier, predict_batch, readable_tiles
+from hmu_crc.predict import find_tiles, load_classifier, predict_batch, readable_tiles, tile_loader
 from hmu_crc.transforms import PixelPreprocessor
 
 logger = logging.getLogger(__name__)
@@ -301,8 +300,7 @@ def explain_tiles(
     logger.info("explaining %d tile(s) with %s", len(files), method.description)
     # NOTE: pytorch-grad-cam scales each heatmap to [0, 1] within its tile, so colours compare regions of one tile,
     # not tiles with each other.
-    workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-    loader = torch.utils.data.DataLoader(TileFiles(files), batch_size=batch_size, num_workers=workers, collate_fn=list)
+    loader = tile_loader(files, batch_size, num_workers)
     for folder in ("tiles", "heatmaps", "overlays"):
         (output_dir / folder).mkdir(parents=True)
     summary = ExplanationSummary(

@@ -81,8 +81,11 @@ class TileFiles(torch.utils.data.Dataset):
             return index, None, f"{type(error).__name__}: {error}"
 
 
-def _keep_as_list(batch: list[tuple[int, np.ndarray | None, str | None]]) -> list:
-    return batch
+def tile_loader(files: Sequence[Path], batch_size: int, num_workers: int | None) -> torch.utils.data.DataLoader:
+    """Batches of `TileFiles` items, as lists, decoded in `num_workers` processes (default: up to 8 cores; 0 decodes
+    in this one)."""
+    workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+    return torch.utils.data.DataLoader(TileFiles(files), batch_size=batch_size, num_workers=workers, collate_fn=list)
 
 
 @torch.inference_mode()
@@ -140,10 +143,7 @@ def predict_tiles(
         raise ValueError(f"batch size must be at least 1, found {batch_size}")
     files = find_tiles(paths)
     model, preprocessor = load_classifier(model_id)
-    workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-    loader = torch.utils.data.DataLoader(
-        TileFiles(files), batch_size=batch_size, num_workers=workers, collate_fn=_keep_as_list
-    )
+    loader = tile_loader(files, batch_size, num_workers)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary(output, 0)
